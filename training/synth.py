@@ -42,7 +42,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import math
@@ -129,7 +128,7 @@ def draw_labels(n: int, priors: Sequence[float] | None, rng: np.random.Generator
     >>> import numpy as np
     >>> labels = draw_labels(1000, None, np.random.default_rng(0))
     >>> np.bincount(labels, minlength=5).tolist()
-    [746, 59, 150, 23, 22]
+    [721, 72, 161, 24, 22]
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative integer")
@@ -213,9 +212,16 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(up, dtype=np.float32)
 
 
+def _box(centre: np.ndarray, half: float, size: int) -> tuple[slice, slice]:
+    """Row and column slices of the square of half-side ``half`` px round ``centre`` (x, y)."""
+    x0, x1 = (int(np.clip(v, 0, size)) for v in (centre[0] - half, centre[0] + half + 1))
+    y0, y1 = (int(np.clip(v, 0, size)) for v in (centre[1] - half, centre[1] + half + 1))
+    return slice(y0, y1), slice(x0, x1)
+
+
 def _supersampling(size: int) -> int:
-    """Supersampling factor of the vector layers: about 512 px canvases, at least 1."""
-    return max(1, min(4, round(512 / size)))
+    """Supersampling factor of the vector layers: about 384 px canvases, 1 to 4."""
+    return max(1, min(4, round(384 / size)))
 
 
 @dataclass
@@ -342,13 +348,17 @@ def _walk(
     length: float,
     tortuosity: float,
     curvature: float = 0.0,
+    step: float = _STEP,
 ) -> np.ndarray:
-    """A smooth random walk from ``start``: ``(N, 2)`` local points, ``N >= 2``."""
-    n = max(2, int(length / _STEP))
+    """A smooth random walk from ``start``: ``(N, 2)`` local points, ``N >= 2``.
+
+    ``tortuosity`` is the s.d. of the heading change per step (radians), ``curvature`` its
+    mean, ``step`` the step length (field-of-view radii)."""
+    n = max(2, int(length / step))
     turn = rng.normal(curvature, tortuosity, n)
     turn = np.convolve(turn, np.ones(3) / 3, mode="same")  # smooth the heading noise
     h = heading + np.cumsum(turn)
-    steps = _STEP * np.stack([np.cos(h), np.sin(h)], axis=1)
+    steps = step * np.stack([np.cos(h), np.sin(h)], axis=1)
     return np.vstack([start, start + np.cumsum(steps, axis=0)])
 
 
@@ -397,8 +407,8 @@ def _draw_anatomy(rng: np.random.Generator, size: int, radius_px: float) -> _Ana
     macula = disc + dist * np.array([-math.cos(tilt), math.sin(tilt)])
     anatomy = _Anatomy(disc, disc_radius, macula)
 
-    # Thinnest vessel worth drawing: ~0.3 px at this size.
-    min_width = 0.3 / radius_px
+    # Thinnest vessel worth drawing: ~0.4 px at this size.
+    min_width = 0.4 / radius_px
     vein_w = rng.uniform(0.017, 0.022)
     trunks: list[_Vessel] = []
     for kind, wscale, rscale in (("vein", 1.0, 1.0), ("artery", 0.75, 0.9)):
@@ -442,17 +452,23 @@ def _smooth_1d(rng: np.random.Generator, n: int, amplitude: float) -> np.ndarray
     return np.interp(np.linspace(0, 5, n), np.arange(6), knots)
 
 
-def _draw_vessels(vessels: Sequence[_Vessel], layer: dict[str, _Layer]) -> None:
-    """Draw tapered polylines: each vessel in chunks of decreasing width."""
-    for v in vessels:
+# Arteries carry oxygenated, brighter blood: drawn at this fraction of a vein's darkness.
+_ARTERY_SHADE = 0.68
+
+
+def _draw_vessels(vessels: Sequence[_Vessel], layer: _Layer) -> None:
+    """Draw tapered polylines, each vessel in chunks of decreasing width; veins first, so
+    arteries cross over them as they usually do."""
+    for v in sorted(vessels, key=lambda v: v.kind != "vein"):
         n = len(v.points)
-        chunk = 6
-        xy = layer[v.kind].frame.to_px(v.points)
+        chunk = 8
+        shade = 1.0 if v.kind == "vein" else _ARTERY_SHADE
+        xy = layer.frame.to_px(v.points)
         for start in range(0, n - 1, chunk):
             t = start / max(1, n - 1)
             w = v.width * (1.0 - (1.0 - v.taper) * t)
             # thin vessels hold less blood: paler as well as narrower
-            layer[v.kind].polyline_px(xy[start : start + chunk + 1], w, min(1.0, 0.3 + w / 0.016))
+            layer.polyline_px(xy[start : start + chunk + 1], w, shade * min(1.0, 0.3 + w / 0.016))
 
 
 # ----------------------------------------------------------------------------------------
@@ -477,7 +493,7 @@ _LESION_TABLE: dict[str, tuple[float, float, float, float, float]] = {
     "venous_beading_p": (0.0, 0.0, 0.0, 0.6, 0.45),
     "irma_p": (0.0, 0.0, 0.0, 0.45, 0.35),
     "neovascularisation_p": (0.0, 0.0, 0.0, 0.0, 1.0),
-    "preretinal_p": (0.0, 0.0, 0.0, 0.0, 0.3),
+    "preretinal_p": (0.0, 0.0, 0.0, 0.0, 0.2),
 }
 
 
@@ -548,7 +564,7 @@ def _draw_lesions(
     r_px = layers.red.frame.radius
     # Lesions must stay visible at 64-128 px: a microaneurysm is >= ~1.5 px across at 128 px
     # (its true size, <125 um, would be ~1 px), and everything scales with the image.
-    ma_min = max(0.75 / r_px * (size / 128), 0.0125)
+    ma_min = max(0.75 / r_px * (size / 128), 0.55 / r_px)
     contrast = rng.uniform(0.35, 1.0)  # one eye's lesions share a visibility (media, focus)
 
     # Microaneurysms: tiny round dark-red dots, most round the posterior pole.
@@ -635,8 +651,9 @@ def _draw_lesions(
     if rng.random() < _lesion("irma_p", severity):
         for _ in range(int(rng.integers(1, 4))):
             p = _quadrant_points(rng, 1, [int(rng.integers(0, 4))], anatomy, 0.7)[0]
-            path = _walk(rng, p, rng.uniform(0, 2 * np.pi), rng.uniform(0.06, 0.14), 0.6)
-            layers.red.polyline(path, 0.006, contrast * 0.8)
+            path = _walk(rng, p, rng.uniform(0, 2 * np.pi), rng.uniform(0.08, 0.16), 0.35,
+                         step=0.008)
+            layers.red.polyline(path, 0.007, contrast * 0.8)
 
     # Neovascularisation at the disc (NVD) or elsewhere (NVE): fine tortuous tufts.
     if rng.random() < _lesion("neovascularisation_p", severity):
@@ -649,11 +666,13 @@ def _draw_lesions(
                 vessel = anatomy.arcades[int(rng.integers(0, 4))]
                 sites.append(vessel.points[int(rng.integers(len(vessel.points) // 5, len(vessel.points) * 3 // 4))])
         for site in sites:
-            spread = rng.uniform(0.04, 0.09)
-            for _ in range(int(rng.integers(5, 12))):
+            spread = rng.uniform(0.05, 0.11)
+            for _ in range(int(rng.integers(4, 10))):
+                # loops and curls: many short steps with large, smoothed heading changes
                 path = _walk(rng, site + rng.normal(0, spread / 3, 2), rng.uniform(0, 2 * np.pi),
-                             rng.uniform(0.5, 1.2) * spread, 0.9)
-                layers.neovessels.polyline(path, 0.007, nv_contrast * rng.uniform(0.6, 1.0))
+                             rng.uniform(1.5, 3.0) * spread, 0.55, rng.choice((-0.25, 0.25)),
+                             step=0.006)
+                layers.neovessels.polyline(path, 0.009, nv_contrast * rng.uniform(0.6, 1.0))
             if rng.random() < 0.5:
                 layers.fibrous.disc(site[None], spread * 0.9, nv_contrast * 0.5)
 
@@ -667,7 +686,7 @@ def _draw_lesions(
         depth = half_w * rng.uniform(0.5, 0.9)
         t = np.linspace(0, np.pi, 16)
         xy = np.stack([cx + half_w * np.cos(t), cy + depth * np.sin(t)], axis=1)
-        layers.preretinal.polygon_px(xy, rng.uniform(0.75, 1.0))
+        layers.preretinal.polygon_px(xy, contrast * rng.uniform(0.8, 1.0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -768,43 +787,47 @@ def generate_fundus(
         ridge = np.exp(-((_smooth_noise(anat, size, max(8, size // 12)) / 0.3) ** 2))
         img *= 1.0 - (anat.uniform(0.04, 0.12) * ridge * np.clip(rho2, 0, 1))[..., None] * np.array([0.6, 1.0, 1.0], np.float32)
 
-    # Macula: darker, browner; tiny foveal reflex sometimes.
+    # Macula: darker, browner; tiny foveal reflex sometimes. (Computed in a box round it.)
     m_px = frame.to_px(anatomy.macula)[0]
-    dm2 = ((xs - m_px[0]) ** 2 + (ys - m_px[1]) ** 2) / (1.4 * anatomy.disc_radius * frame.radius) ** 2
+    m_sigma = 1.4 * anatomy.disc_radius * frame.radius
+    box = _box(m_px, 3.0 * m_sigma, size)
+    dm2 = ((xs[box] - m_px[0]) ** 2 + (ys[box] - m_px[1]) ** 2) / m_sigma**2
     depth = anat.uniform(0.5, 1.0) * np.array([0.3, 0.45, 0.4], np.float32)
-    img *= 1.0 - np.exp(-dm2)[..., None] * depth
+    img[box] *= 1.0 - np.exp(-dm2)[..., None] * depth
     if anat.random() < 0.5:
-        img += (0.25 * np.exp(-dm2 / 0.004))[..., None] * np.array([1.0, 1.0, 0.9], np.float32)
+        img[box] += (0.25 * np.exp(-dm2 / 0.004))[..., None] * np.array([1.0, 1.0, 0.9], np.float32)
 
     # Optic disc: vertically oval, yellow-pink rim, pale cup slightly temporal.
     d_px = frame.to_px(anatomy.disc)[0]
     rd = anatomy.disc_radius * frame.radius
-    dd2 = ((xs - d_px[0]) / (0.93 * rd)) ** 2 + ((ys - d_px[1]) / (1.05 * rd)) ** 2
+    box = _box(d_px, 3.5 * rd, size)
+    dd2 = ((xs[box] - d_px[0]) / (0.93 * rd)) ** 2 + ((ys[box] - d_px[1]) / (1.05 * rd)) ** 2
     dd4 = dd2 * dd2
-    rim = 1.0 / (1.0 + dd4 * dd4 * dd2)  # flat top, sharp edge at dd = 1
+    rim = np.zeros((size, size), np.float32)
+    rim[box] = 1.0 / (1.0 + dd4 * dd4 * dd2)  # flat top, sharp edge at dd = 1
     cup_px = frame.to_px(anatomy.disc + np.array([-0.25 * anatomy.disc_radius, 0.0]))[0]
     cup_r = anat.uniform(0.3, 0.6) * rd
-    cup = np.exp(-(((xs - cup_px[0]) ** 2 + (ys - cup_px[1]) ** 2) / cup_r**2) ** 2)
+    cup = np.exp(-(((xs[box] - cup_px[0]) ** 2 + (ys[box] - cup_px[1]) ** 2) / cup_r**2) ** 2)
     disc_col = np.array([0.97, 0.6, 0.34], np.float32) * anat.uniform(0.9, 1.08)
     cup_col = np.array([1.0, 0.84, 0.6], np.float32)
     peri = np.exp(-dd2 / 3.0) * 0.12  # peripapillary glow
-    img = img * (1 + peri[..., None])
-    disc_light = (0.75 + 0.25 * illum)[..., None]
-    img = img * (1 - rim[..., None]) + disc_col * disc_light * rim[..., None]
-    cup_alpha = anat.uniform(0.5, 0.85)
-    img = img * (1 - cup_alpha * cup[..., None]) + cup_col * disc_light * cup_alpha * cup[..., None]
+    disc_light = (0.75 + 0.25 * illum[box])[..., None]
+    cup_alpha = anat.uniform(0.5, 0.85) * cup[..., None]
+    r_box = rim[box][..., None]
+    patch = img[box] * (1 + peri[..., None])
+    patch = patch * (1 - r_box) + disc_col * disc_light * r_box
+    img[box] = patch * (1 - cup_alpha) + cup_col * disc_light * cup_alpha
 
     # -- vessels and lesions, as supersampled vector layers --
-    vessel_layers = {"vein": _Layer(size, frame), "artery": _Layer(size, frame)}
-    _draw_vessels(anatomy.vessels, vessel_layers)
+    vessel_layer = _Layer(size, frame)
+    _draw_vessels(anatomy.vessels, vessel_layer)
     lesions = _LesionLayers(*(_Layer(size, frame) for _ in range(6)))
-    _draw_lesions(les, severity, anatomy, lesions, vessel_layers["vein"], size)
+    _draw_lesions(les, severity, anatomy, lesions, vessel_layer, size)
     vessel_dark = anat.uniform(0.8, 1.0)
 
-    for name, absorb in (("vein", (0.5, 0.72, 0.62)), ("artery", (0.32, 0.55, 0.45))):
-        mask = vessel_layers[name].array()
-        if mask is not None:
-            img *= 1.0 - vessel_dark * np.array(absorb, np.float32) * mask
+    on_disc = 1.0 - 0.45 * rim[..., None]  # vessels look paler against the bright disc
+    vessels = vessel_layer.array()
+    img *= 1.0 - vessel_dark * np.array([0.5, 0.72, 0.62], np.float32) * vessels * on_disc
     # Lesion layers: (layer, blur in px at 256, how it is blended). "absorb" darkens like
     # blood (per-channel absorption), "cover" paints an opaque/translucent colour over.
     light = illum[..., None]
