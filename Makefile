@@ -26,11 +26,15 @@ $(SYNTH_DIR)/labels.csv: | setup
 
 data: $(SYNTH_DIR)/labels.csv
 
-# The quick model zoo, trained and exported once when no run exists yet.
+# The quick model zoo, trained once when no run exists yet, then every run exported to ONNX
+# (fp32 + int8) unless it already has its model.onnx.
 zoo: data
 	@if [ -z "$$(ls -A $(RUNS_DIR) 2>/dev/null)" ]; then \
-	  $(PY) -m training.zoo --data $(SYNTH_DIR) --out $(RUNS_DIR) --preset quick --export; \
-	else echo "models found in $(RUNS_DIR)/: not retraining (delete it to retrain the quick zoo)"; fi
+	  $(PY) -m training.zoo --data $(SYNTH_DIR) --out $(RUNS_DIR) --preset quick; \
+	else echo "runs found in $(RUNS_DIR)/: not retraining (empty it to retrain the quick zoo)"; fi
+	@for r in $(RUNS_DIR)/*/; do \
+	  if [ -f "$$r/model.pt" ] && [ ! -f "$$r/model.onnx" ]; then $(PY) -m export "$$r" --quantize int8 || exit 1; fi; \
+	done
 
 dashboard: zoo
 	RUNS_DIR=$(RUNS_DIR) $(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT) --server.headless true

@@ -227,6 +227,26 @@ def export_int8(run: Path, record: dict, spec: PreprocessSpec, *, per_class: int
 # ----------------------------------------------------------------------------- fp16
 
 
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (in place)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ExportError(f"fp16 graph has a cycle or a dangling input (node {rest[0].name!r})")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def export_fp16(run: Path, record: dict, spec: PreprocessSpec, images: np.ndarray) -> dict[str, Any]:
     """``model.fp16.onnx``: float16 weights, float32 ``image``/``probs``/``cam`` (for GPUs).
 
@@ -239,6 +259,7 @@ def export_fp16(run: Path, record: dict, spec: PreprocessSpec, images: np.ndarra
     info: dict[str, Any] = {"model": str(out)}
     try:
         proto = convert_float_to_float16(onnx.load_model(str(run / MODEL_FILE)), keep_io_types=True)
+        topological_sort(proto.graph)  # the converter appends its input Casts at the end
         onnx.checker.check_model(proto)
         metrics_precision = "fp32"
         metrics = read_json(run / "metrics.json") or {}

@@ -446,3 +446,22 @@ def test_bad_augmentation_inputs():
     wrapped = AugmentedOversampleDataset(_image_dataset())
     with pytest.raises(IndexError, match=r"index 200 out of range for 2 \* 100"):
         wrapped[200]
+
+
+@pytest.mark.parametrize("name", ["ros", "rus", "aug-oversample", "class-balanced"])
+def test_fixed_epoch_size_keeps_the_class_mix(name):
+    labels = np.array([0] * 80 + [1] * 15 + [2] * 5)
+    natural = build_sampler(name, labels, seed=3)
+    fixed = build_sampler(name, labels, seed=3).set_epoch_size(labels.size)
+    for epoch in (0, 1):
+        stream = fixed.epoch_indices(epoch)
+        assert stream.size == labels.size
+        counts = np.bincount(labels[stream % labels.size], minlength=3)
+        if name in ("ros", "rus"):  # a balanced stream stays (near) balanced when cut or repeated
+            assert counts.min() >= 0.6 * counts.max(), counts
+    assert len(natural) != labels.size or name == "class-balanced"
+    # two ranks still split the fixed-length stream into disjoint equal shares
+    r0 = build_sampler(name, labels, seed=3, num_replicas=2, rank=0).set_epoch_size(100)
+    r1 = build_sampler(name, labels, seed=3, num_replicas=2, rank=1).set_epoch_size(100)
+    assert len(r0) == len(r1) == 50
+    assert sorted(list(r0) + list(r1)) == sorted(r0.epoch_indices().tolist())

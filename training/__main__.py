@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preprocess", default="fundus", choices=["fundus", "plain"])
     t.add_argument("--ben-graham", action="store_true", help="Ben Graham local-average-colour normalisation")
     t.add_argument("--select-metric", default="macro_f1", help="validation metric for checkpoint selection")
+    t.add_argument("--epoch-size", default="dataset", choices=["dataset", "sampler"], help="images per epoch: the training set's size for every sampler (equal compute, default) or the sampler's own epoch")
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
     d = p.add_argument_group("data")
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data=args.data, out=args.out, strategy=strategy.to_dict(), network=args.network, image_size=args.image_size, preprocess=args.preprocess,
             ben_graham=args.ben_graham, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
             select_metric=args.select_metric, pretrained=args.pretrained, skip_bad=args.skip_bad, val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction, workers=args.workers, progress=not args.no_progress, **{k: v for k, v in data_kw.items() if k != "images_dir"}, images_dir=args.images,
+            test_fraction=args.test_fraction, workers=args.workers, epoch_size=args.epoch_size, progress=not args.no_progress, **{k: v for k, v in data_kw.items() if k != "images_dir"}, images_dir=args.images,
         )
         validate_config(cfg)
         metrics = run(cfg, resume=args.resume)

@@ -122,6 +122,18 @@ def _require_all_classes(counts: np.ndarray, sampler: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _fit_length(stream: np.ndarray, size: int, seed_sequence: np.random.SeedSequence) -> np.ndarray:
+    """Cut ``stream`` to ``size``, or repeat it in fresh random orders until it is that long.
+
+    Streams are already shuffled, so a cut keeps a random subset with the stream's class mix.
+    """
+    if stream.size >= size:
+        return stream[:size]
+    rng = np.random.default_rng(seed_sequence)
+    reps = [stream] + [rng.permutation(stream) for _ in range(math.ceil(size / stream.size) - 1)]
+    return np.concatenate(reps)[:size]
+
+
 class EpochSampler(Sampler[int]):
     """Base class: a per-epoch index stream, sharded across DDP ranks.
 
@@ -165,6 +177,11 @@ class EpochSampler(Sampler[int]):
                 f"(valid: 0..{self.num_replicas - 1})"
             )
         self.epoch = 0
+        # Optional fixed epoch length (all ranks together). The trainer sets it to the training
+        # set's size so that every strategy gets the same number of steps per epoch (equal
+        # compute): an over-sampler's longer stream is cut, an under-sampler's short one is
+        # re-shuffled and repeated. None keeps the sampler's natural epoch.
+        self.epoch_size: int | None = None
         self._cache: tuple[int, np.ndarray] | None = None
 
     # -- the one hook ------------------------------------------------------------------------
@@ -172,6 +189,12 @@ class EpochSampler(Sampler[int]):
         raise NotImplementedError
 
     # -- public API --------------------------------------------------------------------------
+    def set_epoch_size(self, epoch_size: int | None) -> "EpochSampler":
+        """Fix the epoch length (all ranks together); None restores the natural length."""
+        self.epoch_size = None if epoch_size is None else _check_int("epoch_size", epoch_size, 1)
+        self._cache = None
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose stream the next ``iter(self)`` yields."""
         self.epoch = _check_int("epoch", epoch, 0)
@@ -193,6 +216,8 @@ class EpochSampler(Sampler[int]):
         if self._cache is None or self._cache[0] != epoch:
             seed_sequence = _epoch_seed_sequence(self.seed, epoch)
             stream = np.asarray(self._generate(epoch, seed_sequence), dtype=np.int64)
+            if self.epoch_size is not None and stream.size != self.epoch_size:
+                stream = _fit_length(stream, self.epoch_size, np.random.SeedSequence([self.seed, epoch, 1]))
             self._cache = (epoch, stream)
         return self._cache[1].copy()
 

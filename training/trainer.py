@@ -36,7 +36,7 @@ from training.losses import LOSSES, build_loss
 from training.losses.ordinal import optimise_cut_points
 from training.losses.weights import class_weights
 from training.networks import GradingModel, load_torchvision_weights
-from training.samplers import AugmentedOversampleDataset, build_sampler, effective_distribution, strong_augment
+from training.samplers import AugmentedOversampleDataset, build_sampler, strong_augment
 from training.stage2 import POSTHOC_RULES, Embeddings, run_stage2
 from training.strategies import Strategy
 
@@ -76,6 +76,10 @@ class TrainConfig:
     class_names: list[str] | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Images per epoch: "dataset" = the training split's size for every sampler (equal compute,
+    # so strategies are compared at the same number of steps); "sampler" = the sampler's own
+    # epoch (RandomOverSampler's is C x the majority count, RandomUnderSampler's C x the minority).
+    epoch_size: str = "dataset"
     workers: int = 0  # DataLoader workers (0: in the main process; data is in memory)
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     progress: bool = True  # tqdm bar per epoch
@@ -300,6 +304,10 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
     if strategy.sampler == "progressive":
         sampler_kw.setdefault("total_epochs", cfg.epochs)
     sampler = build_sampler(strategy.sampler, labels["train"], seed=cfg.seed, num_replicas=d.world_size, rank=d.rank, **sampler_kw)
+    if cfg.epoch_size not in ("dataset", "sampler"):
+        raise TrainError(f"unknown epoch size {cfg.epoch_size!r}; valid: dataset, sampler")
+    if cfg.epoch_size == "dataset":
+        sampler.set_epoch_size(len(labels["train"]))
     fit_ds = AugmentedOversampleDataset(train_ds, strong_augment) if strategy.sampler == "aug-oversample" else train_ds
     per_rank_batch = max(1, cfg.batch_size // d.world_size)
     train_loader = _loader(fit_ds, per_rank_batch, sampler=sampler, workers=cfg.workers, device=device)
@@ -404,8 +412,8 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
         train_seconds=round(time.time() - t0, 1), strategy_parts=strategy.parts,
         sampler_distribution={  # what the sampler really fed the network (dashboard's Data page)
             "before": counts.tolist(),
-            "epoch_first": effective_distribution(strategy.sampler, labels["train"], seed=cfg.seed, epoch=0, **sampler_kw).tolist(),
-            "epoch_last": effective_distribution(strategy.sampler, labels["train"], seed=cfg.seed, epoch=cfg.epochs - 1, **sampler_kw).tolist(),
+            "epoch_first": np.bincount(labels["train"][sampler.epoch_indices(0) % len(labels["train"])], minlength=C).tolist(),
+            "epoch_last": np.bincount(labels["train"][sampler.epoch_indices(cfg.epochs - 1) % len(labels["train"])], minlength=C).tolist(),
         },
     )
     record = {"format": CHECKPOINT_FORMAT, "arch": model.arch(), "state_dict": model.state_dict(), "config": config, "class_names": class_names, "preprocess": spec.to_dict()}

@@ -11,6 +11,7 @@ stopped. One progress bar per run and an overall bar with an ETA.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -46,8 +47,10 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def train_zoo(data: str, out: str | Path, *, preset: str = "quick", strategies: Sequence[str] = ZOO_STRATEGIES, seed: int = 0, device: str = "auto",
-              force: bool = False, epochs: int | None = None, image_size: int | None = None, progress: bool = True) -> dict[str, dict]:
-    """Train every strategy into ``out/<strategy>``; returns {strategy: test metrics}."""
+              force: bool = False, epochs: int | None = None, image_size: int | None = None, progress: bool = True,
+              split_seed: int | None = None) -> dict[str, dict]:
+    """Train every strategy into ``out/<strategy>``; returns {strategy: test metrics} of the
+    runs trained now (finished runs that are kept are read back from their metrics.json)."""
     from tqdm.auto import tqdm
 
     from training.strategies import get_strategy
@@ -64,10 +67,11 @@ def train_zoo(data: str, out: str | Path, *, preset: str = "quick", strategies: 
         run_dir = out / strategy.name
         overall.set_postfix_str(strategy.name)
         if is_finished(run_dir) and not force:
+            results[strategy.name] = json.loads((run_dir / "metrics.json").read_text())
             overall.update(1)
             continue
         cfg = TrainConfig(data=str(data), out=str(run_dir), strategy=strategy.to_dict(), network=p.network, image_size=image_size or p.image_size,
-                          epochs=epochs or p.epochs, batch_size=p.batch_size, seed=seed, device=device, progress=progress)
+                          epochs=epochs or p.epochs, batch_size=p.batch_size, seed=seed, split_seed=split_seed, device=device, progress=progress)
         t0 = time.time()
         results[strategy.name] = run(cfg)
         m = results[strategy.name]
