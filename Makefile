@@ -27,10 +27,11 @@ $(SYNTH_DIR)/labels.csv: | setup
 data: $(SYNTH_DIR)/labels.csv
 
 # The quick model zoo, trained once when no run exists yet, then every run exported to ONNX
-# (fp32 + int8) unless it already has its model.onnx.
+# (fp32 + int8) unless it already has its model.onnx. An interrupted zoo continues where it stopped.
 zoo: data
-	@if [ -z "$$(ls -A $(RUNS_DIR) 2>/dev/null)" ]; then \
-	  $(PY) -m training.zoo --data $(SYNTH_DIR) --out $(RUNS_DIR) --preset quick; \
+	@if [ -z "$$(ls $(RUNS_DIR) 2>/dev/null)" ] || [ -f $(RUNS_DIR)/.zoo-incomplete ]; then \
+	  mkdir -p $(RUNS_DIR) && touch $(RUNS_DIR)/.zoo-incomplete && \
+	  $(PY) -m training.zoo --data $(SYNTH_DIR) --out $(RUNS_DIR) --preset quick && rm -f $(RUNS_DIR)/.zoo-incomplete; \
 	else echo "runs found in $(RUNS_DIR)/: not retraining (empty it to retrain the quick zoo)"; fi
 	@for r in $(RUNS_DIR)/*/; do \
 	  if [ -f "$$r/model.pt" ] && [ ! -f "$$r/model.onnx" ]; then $(PY) -m export "$$r" --quantize int8 || exit 1; fi; \

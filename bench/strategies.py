@@ -24,6 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _results import replace_section  # noqa: E402
 
 COLUMNS = [("balanced_accuracy", "bal. acc"), ("macro_f1", "macro-F1"), ("qwk", "QWK"), ("gmean", "G-mean"),
            ("recall_3", "recall Severe"), ("recall_4", "recall PDR"), ("ece", "ECE")]
@@ -138,18 +141,6 @@ def main(argv=None) -> int:
     if args.markdown:
         replace_section(Path(args.markdown), "strategies", "## Imbalance strategies (bench/strategies.py)\n\n" + text)
     return 0
-
-
-def replace_section(path: Path, key: str, body: str) -> None:
-    """Replace the text between ``<!-- key:start -->`` and ``<!-- key:end -->`` (append if absent)."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

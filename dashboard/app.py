@@ -1,6 +1,6 @@
 """drgrade dashboard: ``streamlit run dashboard/app.py``.
 
-A router only (``st.navigation`` over the pages in ``dashboard/pages/``); every page is thin:
+A router only (``st.navigation`` over the page files in ``dashboard/views/``); every page is thin:
 widgets, calls into :mod:`models`, figures from :mod:`dashboard.figures`. Torch-free.
 Settings come from the environment: ``RUNS_DIR`` (trained variants), ``DRGRADE_DATA`` (the
 Data page's default folder), ``DRGRADE_MAX_UPLOAD_MB`` (per-file upload limit).
@@ -20,7 +20,10 @@ import streamlit as st  # noqa: E402
 
 from dashboard.settings import runs_root  # noqa: E402
 
-_PAGES = Path(__file__).resolve().parent / "pages"
+# Not "pages/": a folder of that name next to the entry file puts Streamlit in its legacy
+# multipage mode whenever a server's first request opens a page URL directly (a bookmark),
+# which then runs that page without this router (no navigation, no settings).
+_PAGES = Path(__file__).resolve().parent / "views"
 
 st.set_page_config(page_title="drgrade", page_icon=":material/visibility:", layout="wide")
 

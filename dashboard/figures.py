@@ -27,7 +27,8 @@ def colour(i: int) -> str:
 
 
 def _layout(fig: go.Figure, title: str | None = None, height: int = 360, **kw) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=_MARGIN, template="plotly_white", **kw)
+    kw.setdefault("margin", _MARGIN)
+    fig.update_layout(title=title, height=height, template="plotly_white", **kw)
     return fig
 
 
@@ -111,12 +112,13 @@ def confusion_grid(matrices: Mapping[str, Sequence[Sequence[float]]], class_name
     for i, name in enumerate(names, start=1):
         m = shown[name]
         text = [[f"{v:.2f}" if normalised else f"{int(v)}" for v in row] for row in m]
-        fig.add_trace(go.Heatmap(z=m, x=labels, y=labels, coloraxis="coloraxis", text=text, texttemplate="%{text}",
+        fig.add_trace(go.Heatmap(z=m.tolist(), x=labels, y=labels, coloraxis="coloraxis", text=text, texttemplate="%{text}",
                                  hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra>" + name + "</extra>"), row=1, col=i)
         fig.update_xaxes(title_text="predicted", row=1, col=i)
         fig.update_yaxes(autorange="reversed", row=1, col=i, title_text="true" if i == 1 else None, showticklabels=i == 1)
     fig.update_layout(coloraxis=dict(colorscale=HEATMAP_SCALE, cmin=0, cmax=zmax, colorbar=dict(title="share" if normalised else "scans")))
-    return _layout(fig, "Confusion matrices (" + ("row-normalised" if normalised else "counts") + ", one colour scale)", height=380 + 10 * len(labels))
+    return _layout(fig, "Confusion matrices (" + ("row-normalised" if normalised else "counts") + ", one colour scale)", height=400 + 10 * len(labels),
+                   margin=dict(l=10, r=10, t=80, b=10))
 
 
 def binary_confusion(tp: int, fp: int, tn: int, fn: int, *, labels: tuple[str, str] = ("not referable", "referable")) -> go.Figure:
@@ -233,4 +235,4 @@ def sampler_distribution(dists: Mapping[str, Mapping[str, Sequence[int]]], class
             fig.add_bar(name=label, x=labels, y=list(values), marker_color=colour(s), legendgroup=key, showlegend=col == 1, row=1, col=col)
         fig.update_xaxes(title_text="grade", row=1, col=col)
     fig.update_yaxes(title_text="scans per epoch", row=1, col=1)
-    return _layout(fig, "Effective class distribution per sampler", barmode="group", height=360)
+    return _layout(fig, "Effective class distribution per sampler", barmode="group", height=380, margin=dict(l=10, r=10, t=80, b=10))
