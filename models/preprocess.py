@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Union
@@ -160,7 +161,11 @@ def open_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, nam
         try:
             # Pillow's own bomb check only warns below 2x its limit; we check the header
             # ourselves, before any pixel is decoded.
-            with Image.open(fp) as probe:
+            with warnings.catch_warnings():
+                # Pillow warns about large images; we refuse them ourselves, with a clearer message.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(fp)
+            with opened as probe:
                 w, h = probe.size
                 if w * h > max_pixels:
                     raise ImageError(f"{label}: image is {w} x {h} = {w * h:,} pixels, above the limit of {max_pixels:,} (decompression bomb?)")
