@@ -24,9 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from _results import replace_section  # noqa: E402
+from export.bench import replace_section  # noqa: E402
 
 COLUMNS = [("balanced_accuracy", "bal. acc"), ("macro_f1", "macro-F1"), ("qwk", "QWK"), ("gmean", "G-mean"),
            ("recall_3", "recall Severe"), ("recall_4", "recall PDR"), ("ece", "ECE")]

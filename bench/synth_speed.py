@@ -21,9 +21,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from _results import replace_section  # noqa: E402
+from export.bench import replace_section  # noqa: E402
 from training.synth import generate_dataset  # noqa: E402
 
 

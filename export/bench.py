@@ -28,8 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-MARK_START = "<!-- export-bench:start -->"
-MARK_END = "<!-- export-bench:end -->"
+MARK_KEY = "export-bench"
 SCAN_SIDE = 1500
 
 #: CPU targets (2 cores, default network and size): ratio vs eager PyTorch at batch 1.
@@ -244,20 +243,27 @@ def markdown_table(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown_section(path: Path, body: str) -> None:
-    """Replace (or append) the export-bench section of ``path`` between its markers."""
-    section = f"{MARK_START}\n## Export and inference speed\n\n{body}{MARK_END}"
-    text = path.read_text() if path.is_file() else ""
-    if MARK_START in text and MARK_END in text and text.index(MARK_START) < text.index(MARK_END):
-        head, rest = text.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        new = head + section + tail
+def replace_section(path: Path, key: str, body: str) -> None:
+    """Replace (or append) the section of a markdown file between ``<!-- key:start -->`` and
+    ``<!-- key:end -->``; every bench script writes its own section of bench/RESULTS.md this way.
+    The file is replaced atomically."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    section = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.is_file() else "# Benchmark results\n\nEvery table here was printed by a script under bench/ (or `python -m export.bench`), as measured.\n"
+    if start in text and end in text and text.index(start) < text.index(end):
+        head, rest = text.split(start, 1)
+        new = head + section + rest.split(end, 1)[1]
     else:
-        new = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
+        new = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_text(new)
     os.replace(tmp, path)
+
+
+def write_markdown_section(path: Path, body: str) -> None:
+    """The export-bench section of ``path``."""
+    replace_section(path, MARK_KEY, f"## Export and inference speed\n\n{body}")
 
 
 def build_parser() -> argparse.ArgumentParser:

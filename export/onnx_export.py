@@ -250,7 +250,10 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise ExportError(f"{path}: ONNX Runtime cannot load the exported graph ({str(exc).splitlines()[0][:300]})") from None
 
 
 def _batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -365,12 +368,15 @@ def export_run(run_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET, quanti
         report["timings_s"]["export"] = round(time.perf_counter() - t, 3)
         set_card(proto, build_card(run, record, precision="fp32", opset=opset))
         save_inline(proto, tmp)
-        onnx.checker.check_model(str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp))
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"{run}: the exported graph is not valid ONNX ({str(exc).splitlines()[0]})") from None
         t = time.perf_counter()
         report["parity"] = parity_check(reference if reference is not None else model, tmp, images)
         report["timings_s"]["parity"] = round(time.perf_counter() - t, 3)
         os.replace(tmp, run / MODEL_FILE)
-    except ParityError as exc:
+    except ExportError as exc:  # ParityError included: the report says why nothing was published
         report["error"] = str(exc)
         _write_report(run, report)
         raise

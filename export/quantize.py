@@ -56,24 +56,14 @@ CALIB_BATCH = 8
 # ----------------------------------------------------------------------------- labels
 
 
-def training_labels(run: Path, record: dict) -> dict[str, int] | None:
-    """Image id -> label for the run's collection (re-read as training read it), or None."""
-    from models.data import DataError, load_collection
-
-    cfg = record.get("config", {})
-    if not cfg.get("data"):
-        return None
-    try:
-        coll = load_collection(
-            cfg["data"], image_col=cfg.get("image_col"), label_col=cfg.get("label_col"), images_dir=cfg.get("images_dir"),
-            class_names=cfg.get("class_names"), seed=cfg.get("split_seed") if cfg.get("split_seed") is not None else cfg.get("seed", 0),
-            val_fraction=cfg.get("val_fraction", 0.15), test_fraction=cfg.get("test_fraction", 0.15), skip_bad=cfg.get("skip_bad", False),
-            verify_images=False,
-        )
-    except (DataError, OSError, ValueError) as exc:
-        log.warning("cannot re-read the training collection %s (%s)", cfg["data"], str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return None
-    return {str(i): int(l) for i, l in zip(coll.table["image"], coll.table["label"])}
+def training_labels(run: Path) -> dict[str, int]:
+    """Image id -> label of the training split, from ``split.csv``'s ``label`` column."""
+    path = run / "split.csv"
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if "label" not in (reader.fieldnames or ()):
+            raise ExportError(f"{path}: no 'label' column (written by drgrade before int8 calibration needed it); retrain the run to quantise it")
+        return {r["image"]: int(r["label"]) for r in reader if r["split"] == "train"}
 
 
 def test_labels(run: Path) -> dict[str, int]:
@@ -109,25 +99,12 @@ def calibration_images(run: Path, record: dict, spec: PreprocessSpec, *, per_cla
     rows = split_rows(run, "train")
     if not rows:
         raise ExportError(f"{run / 'split.csv'}: no rows with split 'train' to calibrate int8 on")
-    ids = [i for i, _ in rows]
-    labels = training_labels(run, record)
-    source = "labels"
-    if labels is None or any(i not in labels for i in ids):
-        # Data moved or changed: stratify by the fp32 model's own predicted grade instead, so
-        # every grade the model predicts still shapes the activation ranges.
-        log.warning("int8 calibration: training labels unavailable; stratifying by the fp32 model's predicted grade")
-        sess = ort_session(run / MODEL_FILE)
-        all_x = load_images([p for _, p in rows], spec)
-        y = np.concatenate([sess.run([OUTPUT_NAMES[0]], {INPUT_NAME: all_x[i:i + 64]})[0].argmax(1) for i in range(0, len(all_x), 64)])
-        idx = stratified_sample(y, per_class, seed)
-        source = "predicted"
-        x = all_x[idx]
-    else:
-        y = np.array([labels[i] for i in ids])
-        idx = stratified_sample(y, per_class, seed)
-        x = load_images([rows[i][1] for i in idx], spec)
+    labels = training_labels(run)
+    y = np.array([labels[i] for i, _ in rows])
+    idx = stratified_sample(y, per_class, seed)
+    x = load_images([rows[i][1] for i in idx], spec)
     counts = np.bincount(y[idx], minlength=len(record["class_names"])).tolist()
-    return x, {"per_class": counts, "stratified_by": source, "n": int(len(idx))}
+    return x, {"per_class": counts, "stratified_by": "labels", "n": int(len(idx))}
 
 
 class ArrayCalibrationReader:
@@ -217,7 +194,6 @@ def export_int8(run: Path, record: dict, spec: PreprocessSpec, *, per_class: int
     if drop is not None and drop > MAX_F1_DROP:
         msg = f"warning: int8 macro-F1 {f1:.4f} is {drop:.4f} below fp32 macro-F1 {f1_ref:.4f} (more than {MAX_F1_DROP})"
         log.warning(msg)
-        print(msg)
     log.info("wrote %s (calibrated on %d training scans, per class %s); test macro-F1 int8 %.4f vs fp32 %s", out, calib_info["n"],
              calib_info["per_class"], f1, "n/a" if f1_ref is None else f"{f1_ref:.4f}")
     return {"model": str(out), "bytes": out.stat().st_size, "calibration": calib_info, "macro_f1": f1, "fp32_macro_f1": f1_ref,

@@ -40,14 +40,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from models.grades import DR_GRADE_NAMES
 from models.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
 
 log = logging.getLogger("drgrade.data")
 
-#: The international clinical DR severity scale, grades 0-4. The same tuple as
-#: ``models.metrics.DR_GRADE_NAMES`` (a test checks it); repeated here because importing
-#: ``models.metrics`` pulls in scikit-learn and imbalanced-learn (2 s), too slow for this module.
-DR_GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR")
 
 #: Known CSV names in a collection folder, in the order they are looked for, with the source tag.
 KNOWN_CSVS = (("labels.csv", "labels.csv"), ("trainLabels.csv", "eyepacs"), ("train.csv", "aptos"))

@@ -38,12 +38,11 @@ from PIL import Image
 
 from models.card import CardError
 from models.preprocess import IMAGE_EXTENSIONS, ImageError, ImageSource, PreprocessSpec, load_scan, normalize
-from models.runtime import INT8_MODEL_FILE, MODEL_FILE, ModelFileError, Providers, Session, create_session, resolve_model_path
+from models.grades import DR_GRADE_NAMES, referable_score
+from models.runtime import INT8_MODEL_FILE, MODEL_FILE, ModelFileError, Providers, Session, create_session, default_threads, resolve_model_path
 
 PRECISIONS = {"fp32": MODEL_FILE, "int8": INT8_MODEL_FILE}
 
-#: DR grades from which a patient is referred to an ophthalmologist (ICDR: moderate NPDR or worse).
-REFERABLE_FROM_GRADE = 2
 
 
 @dataclass
@@ -176,12 +175,10 @@ def referable_probability(probs: np.ndarray | Sequence[float], class_names: Sequ
     >>> referable_probability([0.5, 0.5], ["healthy", "sick"]) is None
     True
     """
-    if len(class_names) != 5:
+    if len(class_names) != len(DR_GRADE_NAMES):
         return None
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    if p.size != 5:
-        raise ValueError(f"probs has {p.size} values for {len(class_names)} classes")
-    return round(float(p[REFERABLE_FROM_GRADE:].sum()), 12)
+    p = np.asarray(probs, dtype=np.float64).reshape(1, -1)
+    return round(float(referable_score(p)[0]), 12)
 
 
 # ----------------------------------------------------------------------------- grader
@@ -193,14 +190,6 @@ def _default_name(source: Any, index: int) -> str:
     if isinstance(fname, str) and fname:
         return fname
     return f"scan-{index}"
-
-
-def _default_workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
 
 
 class Grader:
@@ -277,7 +266,7 @@ class Grader:
             if len(names) != len(srcs):
                 raise ValueError(f"names has {len(names)} entries for {len(srcs)} sources")
         labels = names if names is not None else [_default_name(s, i) for i, s in enumerate(srcs)]
-        n_workers = int(workers) if workers else _default_workers()
+        n_workers = int(workers) if workers else min(8, default_threads())
         window = max(2 * batch_size, 2 * n_workers)  # decoded scans kept ahead of the network
         with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="drgrade-decode") as pool:
             pending: deque[tuple[int, Future]] = deque()
@@ -423,6 +412,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not files:
+        print(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(args.paths)}", file=sys.stderr)
+        return 2
+    if args.csv:  # fail before grading, not after: a directory, or a folder we cannot create or write
+        target = Path(args.csv)
+        try:
+            if target.is_dir():
+                raise IsADirectoryError("it is a directory")
+            target.resolve().parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(target.resolve().parent, os.W_OK):
+                raise PermissionError("its folder is read-only")
+        except OSError as exc:
+            print(f"error: --csv {args.csv}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
+            return 2
     if args.int8 and Path(args.model).is_file():
         print("error: --int8 needs a run directory; pass the int8 .onnx file itself instead", file=sys.stderr)
         return 2

@@ -37,11 +37,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-#: The international clinical DR severity scale (Wilkinson et al. 2003), grade 0..4.
-DR_GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR")
+from models.grades import DR_GRADE_NAMES, REFERABLE_GRADE, referable_score  # noqa: F401 (re-exported)
 
-#: Grades at or above this are *referable* DR (moderate NPDR or worse) on the 5-grade scale.
-REFERABLE_GRADE = 2
 
 #: Tolerance on probability rows summing to one (float16 / int8 models round a little).
 _PROB_SUM_ATOL = 1e-2
@@ -115,16 +112,6 @@ def _as_labels(labels: Any, n: int, n_classes: int, what: str) -> np.ndarray:
 def _check_inputs(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     p = _as_probs(probs)
     return _as_labels(y_true, p.shape[0], p.shape[1], "y_true"), p
-
-
-def _referable_score(probs: np.ndarray) -> np.ndarray:
-    """P(grade >= 2): the summed probability of the referable grades."""
-    if probs.shape[1] != len(DR_GRADE_NAMES):
-        raise ValueError(
-            f"referable DR needs the {len(DR_GRADE_NAMES)}-grade DR scale, "
-            f"got probs with {probs.shape[1]} classes"
-        )
-    return probs[:, REFERABLE_GRADE:].sum(axis=1)
 
 
 # --------------------------------------------------------------------------- binary pieces
@@ -263,7 +250,7 @@ def referable_operating_point(y_true: Any, probs: Any, threshold: float) -> dict
     {'sensitivity': 1.0, 'specificity': 0.5, 'tp': 1, 'fp': 1, 'tn': 1, 'fn': 0}
     """
     y, p = _check_inputs(y_true, probs)
-    score = _referable_score(p)
+    score = referable_score(p)
     if not isinstance(threshold, (int, float, np.floating)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
     sens, spec, (tn, fp, fn, tp) = _sens_spec(y >= REFERABLE_GRADE, score >= threshold)
@@ -566,7 +553,7 @@ def compute_metrics(
         result["referable"] = {
             "sensitivity": sens,
             "specificity": spec,
-            "auc": _binary_auc(y_ref, _referable_score(p)),
+            "auc": _binary_auc(y_ref, referable_score(p)),
             "threshold_grade": REFERABLE_GRADE,
         }
     return result

@@ -6,7 +6,6 @@ Real ONNX Runtime on the toy graph of tests/test_runtime.py; real files of every
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -286,15 +285,22 @@ def test_cli_usage_errors(run_dir, tmp_path):
     assert proc.returncode == 2 and "has no model.int8.onnx" in proc.stderr
     proc = cli("--model", str(run_dir), "--batch-size", "0", str(img))
     assert proc.returncode == 2 and "--batch-size must be >= 1" in proc.stderr
+    (tmp_path / "no_scans").mkdir()
+    (tmp_path / "no_scans" / "notes.txt").write_text("not a scan")
+    proc = cli("--model", str(run_dir), str(tmp_path / "no_scans"))
+    assert proc.returncode == 2 and "error: no image files" in proc.stderr and "no_scans" in proc.stderr
+    proc = cli("--model", str(run_dir), "--csv", str(tmp_path), str(img))  # a directory, not a file
+    assert proc.returncode == 2 and "cannot write there" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "a_file").write_text("")
+    proc = cli("--model", str(run_dir), "--csv", str(tmp_path / "a_file" / "out.csv"), str(img))  # its "folder" is a file
+    assert proc.returncode == 2 and "cannot write there" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- real export
 
-def test_export_and_grade_a_trained_run(request, tmp_path):
+def test_export_and_grade_a_trained_run(ce_run, tmp_path):
     """Export the tiny trained ``ce`` run with the real exporter and grade through it."""
-    if importlib.util.find_spec("export.__main__") is None:
-        pytest.skip("export/__main__.py does not exist yet: `python -m export RUN_DIR` is not implemented")
-    run = request.getfixturevalue("ce_run")
+    run = ce_run
     proc = subprocess.run([sys.executable, "-m", "export", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (run / "model.onnx").is_file()

@@ -15,7 +15,7 @@ def modules_of(package: str) -> list[str]:
     names = []
     for path in sorted((ROOT / package).rglob("*.py")):
         rel = path.relative_to(ROOT).with_suffix("")
-        if rel.name == "__main__" or "pages" in rel.parts or rel.name == "app":
+        if rel.name == "__main__" or "views" in rel.parts or rel.name == "app":
             continue  # scripts: imported by their runner, checked by source below
         names.append(".".join(rel.parts).removesuffix(".__init__"))
     return names

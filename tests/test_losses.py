@@ -28,8 +28,6 @@ from training.losses import (
     ldam_margins,
     log_class_prior,
     optimise_cut_points,
-    ordinal_probs,
-    ordinal_probs_torch,
 )
 from training.losses.ordinal import _quadratic_weighted_kappa
 
@@ -434,69 +432,6 @@ def test_optimise_cut_points_keeps_defaults_when_already_best():
 def test_optimise_cut_points_bad_inputs(scores, y, k, message):
     with pytest.raises(ValueError, match=message):
         optimise_cut_points(np.array(scores), np.array(y), k)
-
-
-def test_ordinal_probs_by_hand_and_rows_sum_to_one():
-    # cuts [0.5, 1.5], T = 0.5, score 1.0: sigmoid(1) = 0.731059, sigmoid(-1) = 0.268941
-    # P = [1 - 0.731059, 0.731059 - 0.268941, 0.268941] = [0.268941, 0.462117, 0.268941]
-    s1, sm1 = 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))
-    np.testing.assert_allclose(ordinal_probs([1.0], [0.5, 1.5], 0.5),
-                               [[1 - s1, s1 - sm1, sm1]])
-    probs = ordinal_probs(np.linspace(-3, 7, 101), [0.5, 1.5, 2.5, 3.5], 0.5)
-    assert probs.shape == (101, 5)
-    assert np.all(probs >= 0)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-
-
-def test_ordinal_probs_numpy_equals_torch():
-    scores = np.linspace(-2, 6, 41)
-    cuts = np.array([0.4, 1.7, 2.2, 3.9])
-    expected = ordinal_probs(scores, cuts, 0.3)
-    got = ordinal_probs_torch(torch.tensor(scores)[:, None], torch.tensor(cuts), 0.3)
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
-    got32 = ordinal_probs_torch(torch.tensor(scores, dtype=torch.float32),
-                                torch.tensor(cuts, dtype=torch.float32), 0.3)
-    np.testing.assert_allclose(got32.numpy(), expected, atol=1e-6)
-
-
-def test_ordinal_probs_argmax_agrees_with_cuts_when_separated():
-    cuts = np.array([0.6, 1.8, 2.7, 3.9])  # gaps >= 0.9 = 18 T with T = 0.05
-    rng = np.random.default_rng(0)
-    scores = rng.uniform(-1, 5, 500)
-    scores = scores[np.min(np.abs(scores[:, None] - cuts[None, :]), axis=1) > 1e-3]
-    np.testing.assert_array_equal(ordinal_probs(scores, cuts, 0.05).argmax(axis=1),
-                                  apply_cut_points(scores, cuts))
-
-
-def test_ordinal_probs_argmax_may_differ_on_narrow_interval():
-    # documented: grade 1 spans only [1.0, 1.1) with T = 0.5, so both neighbours outweigh it
-    # at s = 1.05: P = [1 - sig(0.1), sig(0.1) - sig(-0.1), sig(-0.1)] = [.475, .050, .475]
-    probs = ordinal_probs([1.05], [1.0, 1.1], 0.5)
-    assert apply_cut_points([1.05], [1.0, 1.1])[0] == 1
-    assert probs.argmax() != 1
-
-
-@pytest.mark.parametrize(
-    ("cuts", "temperature", "message"),
-    [
-        ([1.5, 0.5], 0.5, r"cuts must be sorted in increasing order, got \[1.5, 0.5\]"),
-        ([], 0.5, r"cuts must be a non-empty 1-D array"),
-        ([0.5, np.inf], 0.5, r"cuts must be finite"),
-        ([0.5, 1.5], 0.0, r"temperature must be a finite number > 0, got 0.0"),
-    ],
-)
-def test_ordinal_probs_bad_inputs(cuts, temperature, message):
-    with pytest.raises(ValueError, match=message):
-        ordinal_probs([1.0], cuts, temperature)
-
-
-def test_ordinal_probs_torch_bad_inputs():
-    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0, got -1"):
-        ordinal_probs_torch(torch.zeros(2), torch.tensor([0.5]), -1.0)
-    with pytest.raises(ValueError, match=r"cuts must be a non-empty 1-D tensor"):
-        ordinal_probs_torch(torch.zeros(2), torch.zeros(2, 2), 0.5)
-    with pytest.raises(ValueError, match=r"shape \(N,\) or \(N, 1\), got \(2, 2\)"):
-        ordinal_probs_torch(torch.zeros(2, 2), torch.tensor([0.5]), 0.5)
 
 
 # ----------------------------------------------------------------- buffers and the registry

@@ -287,7 +287,7 @@ def test_normalize_cam():
 def test_referable_probability():
     assert referable_probability(np.array([0.5, 0.2, 0.1, 0.1, 0.1]), DR_CLASSES) == pytest.approx(0.3)
     assert referable_probability([0.3, 0.7], ["healthy", "dr"]) is None
-    with pytest.raises(ValueError, match="probs has 3 values for 5 classes"):
+    with pytest.raises(ValueError, match=r"5-grade DR scale, got shape \(1, 3\)"):
         referable_probability([0.2, 0.3, 0.5], DR_CLASSES)
 
 

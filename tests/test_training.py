@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from training.networks import NETWORKS, GradingModel, ResNet, load_torchvision_weights
-from training.strategies import STRATEGIES, StrategyError, compose, get_strategy
+from training.strategies import STRATEGIES, Strategy, StrategyError, compose, get_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = ("config.json", "model.pt", "history.csv", "metrics.json", "predictions.csv", "split.csv")
@@ -148,6 +148,10 @@ def test_compose_overrides_parts_and_keeps_registry_intact():
     assert compose("ldam-drw") is get_strategy("ldam-drw")
     with pytest.raises(StrategyError, match="deferred re-weighting needs a loss that takes class weights"):
         compose("ce", drw_start=0.5, loss="balanced-softmax")
+    with pytest.raises(StrategyError, match="deferred re-weighting needs a loss"):  # configs built by hand are checked too
+        Strategy.from_dict({**get_strategy("balanced-softmax").to_dict(), "drw_start": 0.5})
+    with pytest.raises(StrategyError, match="cosine"):
+        compose("ldam-drw", stage2="tau-norm")
 
 
 def test_torchrun_two_cpu_processes(synth_dir, tmp_path):
@@ -183,6 +187,22 @@ def test_interrupted_run_leaves_no_run_dir_and_resumes(synth_dir, tmp_path):
     hist = pd.read_csv(out_dir / "history.csv")
     assert list(hist["epoch"]) == list(range(1, 41)) and done_epochs >= 1
     assert not (tmp_path / ".long.tmp").exists()
+    # resuming is exact: the same model as a run that was never interrupted
+    straight = tmp_path / "straight"
+    res = cli(*[a if a != str(out_dir) else str(straight) for a in args])
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = pd.read_csv(out_dir / "predictions.csv"), pd.read_csv(straight / "predictions.csv")
+    assert np.allclose(a[["p0", "p1", "p2", "p3", "p4"]], b[["p0", "p1", "p2", "p3", "p4"]], atol=1e-6)
+    assert json.loads((out_dir / "metrics.json").read_text())["confusion_matrix"] == json.loads((straight / "metrics.json").read_text())["confusion_matrix"]
+
+
+def test_out_refuses_to_replace_a_folder_that_is_not_a_run(synth_dir, tmp_path):
+    precious = tmp_path / "my_scans"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("do not delete")
+    out = cli("--data", str(synth_dir), "--out", str(precious), "--epochs", "1", "--image-size", "32")
+    assert out.returncode == 1 and "is not a drgrade run directory; refusing to replace it" in out.stderr
+    assert (precious / "keep.txt").read_text() == "do not delete"
 
 
 def test_resume_without_interrupted_run_is_an_error(synth_dir, tmp_path):
@@ -208,16 +228,23 @@ def test_torchvision_state_dict_maps_onto_resnet(tmp_path):
 
 
 @pytest.mark.parametrize("network", list(NETWORKS))
-def test_networks_give_logits_probs_and_cams(network):
-    model = GradingModel(network, 5).eval()
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_networks_give_logits_probs_and_cams(network, head):
+    model = GradingModel(network, 5, head=head, logit_scale=30.0 if head == "cosine" else 1.0).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         logits = model(x)
+        deployed = model.head_logits(model.embed(x))[0]  # (B, C), what the probabilities use
         probs, cam = model.predict(x)
     assert logits.shape == (2, 5) and probs.shape == (2, 5) and cam.shape[:2] == (2, 5)
     assert torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
-    # CAM is exact for GAP + linear: its spatial mean plus the bias gives the logits
-    assert torch.allclose(cam.mean(dim=(2, 3)) + model.head_bias[0], logits, atol=1e-4)
+    assert torch.allclose(probs, torch.softmax(deployed, 1), atol=1e-6)
+    # CAM is exact for GAP + linear (or cosine) heads: its spatial mean plus the bias is the logit
+    assert torch.allclose(cam.mean(dim=(2, 3)) + model.logit_scale * model.head_bias[0], deployed, atol=1e-4)
+    if head == "cosine":  # training logits are cosines; the loss's scale s applies at inference
+        assert logits.abs().max() <= 1.0 + 1e-6 and torch.allclose(deployed, 30.0 * logits, atol=1e-4)
+    else:
+        assert torch.allclose(deployed, logits, atol=1e-5)
 
 
 def test_ordinal_rule_argmax_equals_cut_points():

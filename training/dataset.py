@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.preprocess import PreprocessSpec, load_scan
+from models.preprocess import PreprocessSpec, load_scan, normalize
 
 
 def load_prepared(paths: Sequence[str], spec: PreprocessSpec, *, workers: int = 4) -> np.ndarray:
@@ -65,8 +65,7 @@ class ScanDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+        self.spec = spec
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -78,8 +77,8 @@ class ScanDataset(Dataset):
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        x = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div_(255.0)  # (3, S, S)
-        if self.augment:
+        x = torch.from_numpy(normalize(self.images[index], self.spec))  # (3, S, S), the shared maths
+        if self.augment:  # flips and quarter turns commute with per-channel normalisation
             x = light_augment(x, self.item_generator(index))
-        return (x - self.mean) / self.std, int(self.labels[index])
+        return x, int(self.labels[index])
 

@@ -154,6 +154,7 @@ def load_torchvision_weights(backbone: nn.Module, path: str | Path) -> list[str]
 # The grading model: backbone + head(s) + decision rule
 
 DECISION_RULES = ("softmax", "ordinal")
+HEAD_TYPES = ("linear", "cosine")
 
 
 class GradingModel(nn.Module):
@@ -177,41 +178,70 @@ class GradingModel(nn.Module):
         class k gets probability proportional to ``exp(-d_k / T)``, d_k = distance from the
         score to the interval of class k, so argmax is exactly the cut-point grade.
 
+    head : {"linear", "cosine"}
+        ``cosine``: logits are cosine similarities between the normalised embedding and the
+        normalised class weights (no bias), as LDAM needs (Cao et al. 2019 use a normed linear
+        layer; the loss scales by s). At inference the cosines are multiplied by
+        ``logit_scale`` (the loss's s) so that the probabilities are those the loss trained.
+    logit_scale : float
+        Inference scale of cosine logits (1 for a linear head).
+
     ``forward`` returns training logits (N, out_dim) of head 0; :meth:`predict` returns the
     deployed ``(probs (N, C), cam (N, C, h, w))``.
     """
 
-    def __init__(self, network: str, n_classes: int, *, out_dim: int | None = None, n_heads: int = 1, rule: str = "softmax") -> None:
+    def __init__(self, network: str, n_classes: int, *, out_dim: int | None = None, n_heads: int = 1, rule: str = "softmax",
+                 head: str = "linear", logit_scale: float = 1.0) -> None:
         super().__init__()
         if rule not in DECISION_RULES:
             raise ValueError(f"unknown decision rule {rule!r}; valid: {', '.join(DECISION_RULES)}")
+        if head not in HEAD_TYPES:
+            raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEAD_TYPES)}")
+        self.head = head
         self.network, self.n_classes, self.rule = network, int(n_classes), rule
         self.out_dim = int(out_dim if out_dim is not None else n_classes)
         self.n_heads = int(n_heads)
         self.backbone = build_backbone(network)
         feat = self.backbone.out_channels
         self.feature_dim = feat
-        head = nn.Linear(feat, self.out_dim)
-        self.head_weight = nn.Parameter(head.weight.detach().clone().unsqueeze(0).repeat(self.n_heads, 1, 1))  # (K, out, F)
-        self.head_bias = nn.Parameter(head.bias.detach().clone().unsqueeze(0).repeat(self.n_heads, 1))  # (K, out)
+        init = nn.Linear(feat, self.out_dim)  # PyTorch's default initialisation of a linear head
+        self.head_weight = nn.Parameter(init.weight.detach().clone().unsqueeze(0).repeat(self.n_heads, 1, 1))  # (K, out, F)
+        self.head_bias = nn.Parameter(init.bias.detach().clone().unsqueeze(0).repeat(self.n_heads, 1))  # (K, out)
         self.register_buffer("logit_offset", torch.zeros(self.out_dim))
         self.register_buffer("cuts", torch.arange(max(self.n_classes - 1, 1), dtype=torch.float32) + 0.5)
         self.register_buffer("temperature", torch.tensor(0.25))
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        if head == "cosine":
+            with torch.no_grad():
+                self.head_bias.zero_()
+            self.head_bias.requires_grad_(False)
 
     def arch(self) -> dict:
         """What is needed to rebuild this module before loading its state dict."""
-        return {"network": self.network, "n_classes": self.n_classes, "out_dim": self.out_dim, "n_heads": self.n_heads, "rule": self.rule}
+        return {"network": self.network, "n_classes": self.n_classes, "out_dim": self.out_dim, "n_heads": self.n_heads, "rule": self.rule, "head": self.head}
+
+    def _weights(self) -> Tensor:
+        """Head weights as applied: (K, out, F), row-normalised for a cosine head."""
+        return F.normalize(self.head_weight, dim=2) if self.head == "cosine" else self.head_weight
 
     def embed(self, x: Tensor) -> Tensor:
         return self.backbone(x).mean(dim=(2, 3))  # (B, F)
 
     def head_logits(self, z: Tensor) -> Tensor:
-        """Logits of every head for embeddings z: (K, B, out_dim)."""
-        return torch.einsum("bf,kof->kbo", z, self.head_weight) + self.head_bias[:, None, :]
+        """Deployed logits of every head for embeddings z: (K, B, out_dim) (cosines x scale)."""
+        if self.head == "cosine":
+            z = F.normalize(z, dim=1)
+        return self.logit_scale * (torch.einsum("bf,kof->kbo", z, self._weights()) + self.head_bias[:, None, :])
+
+    def logits_from_embedding(self, z: Tensor) -> Tensor:
+        """Training logits of head 0 for embeddings z (B, F): (B, out_dim). A cosine head gives
+        unscaled cosines here: the loss applies its own scale (LDAM's s)."""
+        if self.head == "cosine":
+            return F.normalize(z, dim=1) @ F.normalize(self.head_weight[0], dim=1).t()
+        return z @ self.head_weight[0].t() + self.head_bias[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.embed(x)
-        return z @ self.head_weight[0].t() + self.head_bias[0]  # (B, out_dim)
+        return self.logits_from_embedding(self.embed(x))  # (B, out_dim)
 
     def probs_from_embedding(self, z: Tensor) -> Tensor:
         logits = self.head_logits(z)  # (K, B, out)
@@ -226,9 +256,12 @@ class GradingModel(nn.Module):
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Deployed outputs: class probabilities (N, C) and class-activation maps (N, C, h, w)."""
         fmap = self.backbone(x)  # (N, F, h, w)
-        probs = self.probs_from_embedding(fmap.mean(dim=(2, 3)))
-        w = self.head_weight.mean(dim=0)  # heads are linear, so their mean CAM is the CAM of the mean weights
+        z = fmap.mean(dim=(2, 3))  # (N, F)
+        probs = self.probs_from_embedding(z)
+        w = self._weights().mean(dim=0)  # heads are linear, so their mean CAM is the CAM of the mean weights
         cam = torch.einsum("of,nfhw->nohw", w, fmap)  # (N, out, h, w)
+        if self.head == "cosine":  # cosine logit = s * w_c . z / |z|: the CAM carries the same factor
+            cam = cam * (self.logit_scale / z.norm(dim=1).clamp_min(1e-12))[:, None, None, None]
         if self.out_dim != self.n_classes:  # ordinal: one score map, shown for every grade
             cam = cam.expand(-1, self.n_classes, -1, -1)
         return probs, cam
@@ -236,7 +269,8 @@ class GradingModel(nn.Module):
 
 def build_model(arch: dict) -> GradingModel:
     """Rebuild a :class:`GradingModel` from :meth:`GradingModel.arch`."""
-    return GradingModel(arch["network"], arch["n_classes"], out_dim=arch.get("out_dim"), n_heads=arch.get("n_heads", 1), rule=arch.get("rule", "softmax"))
+    return GradingModel(arch["network"], arch["n_classes"], out_dim=arch.get("out_dim"), n_heads=arch.get("n_heads", 1), rule=arch.get("rule", "softmax"),
+                        head=arch.get("head", "linear"))
 
 
 class CheckpointError(ValueError):
@@ -252,7 +286,9 @@ def load_checkpoint(path: str | Path) -> tuple[GradingModel, dict]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint (train the run first)")
     try:
-        record = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is tensors and JSON-like data, so loading one someone else
+        # sent cannot run code (no pickle of arbitrary objects).
+        record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(record, dict) or "arch" not in record or "state_dict" not in record:

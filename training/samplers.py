@@ -571,9 +571,12 @@ def strong_augment(
         device=out.device,
     ).unsqueeze(0)  # (1, 2, 3)
     grid = F.affine_grid(theta, [1, *out.shape], align_corners=False)  # (1, H, W, 2)
+    # Corners uncovered by the rotation take each channel's darkest value (the black border of a
+    # fundus photo), not 0, which on a normalised image would be the mean colour.
+    fill = out.amin(dim=(1, 2), keepdim=True)  # (C, 1, 1)
     out = F.grid_sample(
-        out.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    ).squeeze(0)  # (C, H, W)
+        (out - fill).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    ).squeeze(0) + fill  # (C, H, W)
 
     # 3. Flips.
     if float(torch.rand((), generator=generator)) < 0.5:
@@ -637,7 +640,10 @@ class AugmentedOversampleDataset(Dataset):
             raise IndexError(f"index {index} out of range for 2 * {n} (originals + virtual copies)")
         image, label = self.base[index % n]
         if index >= n:
-            image = self.strong_transform(image)
+            # A base dataset with per-item generators (ScanDataset: seeded by seed, epoch and
+            # index) makes each copy's augmentation reproducible whatever the worker count.
+            make_generator = getattr(self.base, "item_generator", None)
+            image = self.strong_transform(image, make_generator(index)) if make_generator else self.strong_transform(image)
         return image, label
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.metrics import compute_metrics, selection_score
+from training.losses.weights import log_class_prior
 
 log = logging.getLogger("drgrade.stage2")
 
@@ -140,10 +141,16 @@ def fit_linear_head(z: np.ndarray, y: np.ndarray, n_classes: int, *, init: tuple
 
 
 def set_heads(model: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """Replace the model's head(s): weight (K, C, F), bias (K, C)."""
+    """Replace the model's head(s) by plain linear ones: weight (K, C, F), bias (K, C).
+
+    Re-trained heads are ordinary linear classifiers on the raw embeddings (Kang et al.'s
+    cRT), so a cosine head (LDAM) becomes a linear one.
+    """
     model.head_weight = nn.Parameter(weight.detach().clone().to(model.head_weight.device))
     model.head_bias = nn.Parameter(bias.detach().clone().to(model.head_bias.device))
     model.n_heads = int(weight.shape[0])
+    model.head = "linear"
+    model.logit_scale.fill_(1.0)
 
 
 @dataclass
@@ -181,11 +188,13 @@ def stage2_crt(model, emb: Embeddings, class_names, *, seed: int = 0, sampler: s
 
 
 def stage2_tau_norm(model, emb: Embeddings, class_names, *, seed: int = 0, metric: str = "macro_f1", tau: float | None = None) -> dict:
-    w0 = model.head_weight.detach().clone()  # (1, C, F)
+    w0, b0 = model.head_weight.detach().clone(), model.head_bias.detach().clone()  # (1, C, F), (1, C)
 
     def apply(t: float) -> None:
+        # Kang et al. drop the bias of the re-normalised head; tau = 0 keeps the trained head as
+        # it is, so the search can always fall back to "no change".
         norms = w0.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        set_heads(model, w0 / norms.pow(t), torch.zeros(w0.shape[:2]))  # Kang et al. drop the bias
+        set_heads(model, w0 / norms.pow(t), b0 if t == 0 else torch.zeros_like(b0))
 
     if tau is not None:
         apply(float(tau))
@@ -210,7 +219,7 @@ STAGE2_METHODS: dict[str, Callable[..., dict]] = {"crt": stage2_crt, "tau-norm":
 
 
 def posthoc_logit_adjust(model, emb: Embeddings, class_names, *, prior: np.ndarray, metric: str = "macro_f1", tau: float | None = None) -> dict:
-    log_prior = torch.as_tensor(np.log(np.asarray(prior, np.float64) / np.sum(prior)), dtype=torch.float32, device=model.logit_offset.device)
+    log_prior = torch.as_tensor(log_class_prior(prior), dtype=torch.float32, device=model.logit_offset.device)
 
     def apply(t: float) -> None:
         model.logit_offset.copy_(t * log_prior)

@@ -51,7 +51,7 @@ class Strategy:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Strategy":
-        return cls(**dict(d))
+        return validate(cls(**dict(d)))
 
     @property
     def parts(self) -> str:
@@ -114,6 +114,8 @@ def validate(s: Strategy) -> Strategy:
         raise StrategyError(f"stage 2 {s.stage2!r} re-trains a classification head, but loss {s.loss!r} is ordinal regression (one score, no class logits)")
     if ordinal and s.posthoc:
         raise StrategyError(f"post-hoc {s.posthoc!r} adjusts class logits, but loss {s.loss!r} is ordinal regression (its decision rule is the tuned cut points)")
+    if s.stage2 == "tau-norm" and LOSSES[s.loss].head == "cosine":
+        raise StrategyError(f"loss {s.loss!r} trains a cosine (weight-normalised) head; tau-normalisation of its weights would change nothing")
     if s.posthoc == "logit-adjust" and s.loss in ("balanced-softmax", "logit-adjusted"):
         raise StrategyError(f"loss {s.loss!r} already corrects logits for the class prior; post-hoc logit adjustment would count the prior twice")
     if s.drw_start is not None:

@@ -177,8 +177,7 @@ def evaluate(model: GradingModel, loader: Iterable, device: torch.device, criter
         embs.append(z.float().cpu())
         probs.append(model.probs_from_embedding(z.float()).cpu())
         if criterion is not None:
-            logits = z.float() @ model.head_weight[0].t() + model.head_bias[0]
-            total += float(criterion(logits, y)) * len(y)
+            total += float(criterion(model.logits_from_embedding(z.float()), y)) * len(y)
             n += len(y)
     return torch.cat(probs).numpy(), torch.cat(embs).numpy(), (total / n if n else float("nan"))
 
@@ -228,11 +227,25 @@ def versions() -> dict[str, str]:
     import sklearn
     import imblearn
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__, "imbalanced-learn": imblearn.__version__}
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__, "scikit-learn": sklearn.__version__, "imbalanced-learn": imblearn.__version__}
+
+
+#: Options that may change between an interrupted run and its --resume (the rest must match).
+RESUME_FREE = ("out", "progress", "workers")
+
+
+def resume_key(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE}
 
 
 def _tmp_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.tmp"
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an ``--out`` that exists and is not a drgrade run: publishing replaces it whole."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file() and not (out / "model.pt").is_file())):
+        raise TrainError(f"--out {out} exists and is not a drgrade run directory; refusing to replace it (choose a new run directory, e.g. {out / 'my-run'})")
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -270,6 +283,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
     strategy = Strategy.from_dict(cfg.strategy)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    check_output_dir(out)
     tmp = _tmp_dir(out)
 
     collection: Collection = load_collection(
@@ -289,7 +303,8 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
     loss_spec = LOSSES[strategy.loss]
     criterion = build_loss(strategy.loss, counts.tolist(), **dict(strategy.loss_params)).to(device)
     ordinal = loss_spec.kind == "ordinal"
-    model = GradingModel(cfg.network, C, out_dim=loss_spec.output_dim(C), rule="ordinal" if ordinal else "softmax")
+    model = GradingModel(cfg.network, C, out_dim=loss_spec.output_dim(C), rule="ordinal" if ordinal else "softmax",
+                         head=loss_spec.head, logit_scale=getattr(criterion, "scale", 1.0) if loss_spec.head == "cosine" else 1.0)
     if cfg.pretrained:
         missing = load_torchvision_weights(model.backbone, cfg.pretrained)
         if missing:
@@ -328,12 +343,15 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
         ckpt_path = tmp / "last.pt"
         if not ckpt_path.is_file():
             raise TrainError(f"--resume: no interrupted run to continue ({ckpt_path} does not exist)")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["strategy"] != strategy.to_dict() or ck["network"] != cfg.network:
-            raise TrainError(f"--resume: {ckpt_path} was written by a different strategy or network; start afresh without --resume")
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        changed = sorted(k for k, v in resume_key(cfg).items() if ck["config"].get(k) != v)
+        if changed:
+            raise TrainError(f"--resume: the interrupted run used different {', '.join(changed)}; resume with the same options, or start afresh without --resume")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         history, best_state, best_score, best_epoch = ck["history"], ck["best_state"], ck["best_score"], ck["best_epoch"]
         start_epoch = ck["epoch"] + 1
         log.info("resuming %s at epoch %d", out.name, start_epoch + 1)
@@ -360,6 +378,9 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
             t = torch.tensor([train_loss], device=device)
             dist.all_reduce(t)
             train_loss = float(t) / d.world_size
+        if d.world_size > 1:  # BatchNorm running stats drift apart per rank: use rank 0's everywhere
+            for buf in model.buffers():
+                dist.broadcast(buf, src=0)
         val_probs, _, val_loss = evaluate(model, val_loader, device, criterion)
         val_metrics = compute_metrics(labels["val"], val_probs, class_names)
         score = selection_score(val_metrics, cfg.select_metric)
@@ -370,7 +391,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
         if d.main:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                         "history": history, "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch,
-                        "strategy": strategy.to_dict(), "network": cfg.network}, tmp / "last.pt.part")
+                        "config": resume_key(cfg), "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "last.pt.part")
             os.replace(tmp / "last.pt.part", tmp / "last.pt")
         if bar is not None:
             bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", **{cfg.select_metric: f"{score:.3f}"})
@@ -392,7 +413,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
             decision["posthoc"] = {"method": strategy.posthoc, **POSTHOC_RULES[strategy.posthoc](model, emb, class_names, prior=counts, metric=cfg.select_metric, **dict(strategy.posthoc_params))}
         if ordinal:
             with torch.no_grad():
-                scores = model.head_logits(torch.as_tensor(z_val, device=device))[0, :, 0].cpu().numpy()
+                scores = model.logits_from_embedding(torch.as_tensor(z_val, device=device))[:, 0].cpu().numpy()
             cuts = optimise_cut_points(scores, labels["val"], C)
             model.cuts.copy_(torch.as_tensor(cuts, dtype=torch.float32))
             decision["cut_points"] = [float(c) for c in cuts]
@@ -426,7 +447,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
     pred = test_probs.argmax(1)
     _write_csv(tmp / "predictions.csv", ["image", "true", "pred", *[f"p{i}" for i in range(C)]],
                ([img, int(t), int(p), *[f"{v:.6f}" for v in row]] for img, t, p, row in zip(test_ids, labels["test"], pred, test_probs)))
-    _write_csv(tmp / "split.csv", ["image", "split", "path"], table[["image", "split", "path"]].itertuples(index=False))
+    _write_csv(tmp / "split.csv", ["image", "split", "label", "path"], table[["image", "split", "label", "path"]].itertuples(index=False))
     (tmp / "last.pt").unlink(missing_ok=True)
     _publish(tmp, out)
     return metrics

@@ -30,8 +30,6 @@ from .ordinal import (
     apply_cut_points,
     default_cut_points,
     optimise_cut_points,
-    ordinal_probs,
-    ordinal_probs_torch,
 )
 from .weights import WEIGHT_SCHEMES, as_class_counts, class_weights, log_class_prior
 
@@ -52,8 +50,6 @@ __all__ = [
     "ldam_margins",
     "log_class_prior",
     "optimise_cut_points",
-    "ordinal_probs",
-    "ordinal_probs_torch",
     "register_loss",
 ]
 
@@ -72,6 +68,8 @@ class LossSpec:
         One line for ``--list-strategies`` and the dashboard.
     kind : {"classification", "ordinal"}
         ``"ordinal"`` losses take one score per image; the rest take ``C`` logits.
+    head : {"linear", "cosine"}
+        The network head the loss is defined on: LDAM's margins live on cosine logits.
     defaults : Mapping[str, Any]
         Every accepted keyword parameter with its default.
     builder : callable
@@ -83,6 +81,7 @@ class LossSpec:
     kind: LossKind
     defaults: Mapping[str, Any]
     builder: Callable[..., nn.Module] = field(repr=False)
+    head: str = "linear"
 
     def output_dim(self, n_classes: int) -> int:
         """Width of the network head this loss needs: 1 for ordinal, else ``n_classes``."""
@@ -113,7 +112,7 @@ _REGISTRY: dict[str, LossSpec] = {}
 LOSSES: Mapping[str, LossSpec] = MappingProxyType(_REGISTRY)
 
 
-def register_loss(name: str, description: str, kind: LossKind = "classification"):
+def register_loss(name: str, description: str, kind: LossKind = "classification", head: str = "linear"):
     """Decorator registering ``builder(class_counts, **params)`` under ``name``.
 
     The builder's keyword defaults become the loss's accepted parameters.
@@ -124,7 +123,7 @@ def register_loss(name: str, description: str, kind: LossKind = "classification"
             raise ValueError(f"loss {name!r} is already registered")
         params = list(inspect.signature(builder).parameters.values())[1:]
         defaults = MappingProxyType({p.name: p.default for p in params})
-        _REGISTRY[name] = LossSpec(name, description, kind, defaults, builder)
+        _REGISTRY[name] = LossSpec(name, description, kind, defaults, builder, head)
         return builder
 
     return decorate
@@ -192,7 +191,7 @@ def _cb_focal(counts, gamma=2.0, beta=0.999, label_smoothing=0.0):
 
 
 @register_loss("ldam", "label-distribution-aware margins, larger for rare grades; "
-                       "pairs with deferred re-weighting (Cao et al. 2019)")
+                       "pairs with deferred re-weighting (Cao et al. 2019)", head="cosine")
 def _ldam(counts, max_margin=0.5, scale=30.0):
     return LDAMLoss(counts, max_margin=max_margin, scale=scale)
 

@@ -5,10 +5,9 @@ This is the standard recipe of the 2015 Kaggle EyePACS and 2019 APTOS competitio
 the grade, then move the thresholds ``0.5, 1.5, ...`` to maximise quadratic weighted kappa.
 
 The decoding helpers (:func:`default_cut_points`, :func:`optimise_cut_points`,
-:func:`apply_cut_points`, :func:`ordinal_probs`) use numpy only and have no import-time side
-effects; :func:`ordinal_probs_torch` is the same probability formula in torch, so export can
-put it inside the ONNX graph. (Importing this module still imports torch, because it lives in
-the torch ``training`` package and defines the loss.)
+:func:`apply_cut_points`) use numpy only. The deployed per-class probabilities of an ordinal
+model are computed inside the network (``training.networks.GradingModel``, rule "ordinal"),
+so that their argmax is exactly the cut-point grade, in PyTorch and in ONNX alike.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import expit
 from torch import Tensor, nn
 
 __all__ = [
@@ -27,8 +25,6 @@ __all__ = [
     "apply_cut_points",
     "default_cut_points",
     "optimise_cut_points",
-    "ordinal_probs",
-    "ordinal_probs_torch",
 ]
 
 #: Regression losses for :class:`OrdinalRegressionLoss`, by ``kind``.
@@ -113,13 +109,6 @@ def _as_cuts(cuts: np.ndarray) -> np.ndarray:
     if np.any(np.diff(arr) < 0):
         raise ValueError(f"cuts must be sorted in increasing order, got {arr.tolist()}")
     return arr
-
-
-def _check_temperature(temperature: float) -> float:
-    t = float(temperature)
-    if not 0.0 < t < float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    return t
 
 
 def default_cut_points(n_classes: int) -> np.ndarray:
@@ -265,72 +254,3 @@ def optimise_cut_points(
         if not moved:
             break
     return cuts
-
-
-def ordinal_probs(scores: np.ndarray, cuts: np.ndarray, temperature: float = 0.5) -> np.ndarray:
-    """Per-grade probabilities from a score, for display (cumulative-logit model).
-
-    ``P(grade > k) = sigmoid((score - c_k) / T)`` and ``P(k) = P(grade > k-1) - P(grade > k)``,
-    i.e. ``sigmoid((s - c_{k-1}) / T) - sigmoid((s - c_k) / T)`` with ``c_{-1} = -inf`` and
-    ``c_{K-1} = +inf`` (McCullagh 1980's proportional-odds form). Rows are non-negative and
-    sum to 1 (the sum telescopes).
-
-    The argmax agrees with :func:`apply_cut_points` when every inner interval
-    ``c_k - c_{k-1}`` is wide compared with ``T`` (say ``> 10 T``) and the score is not on a
-    cut. It may differ (1) for a score exactly on a cut (two equal maxima; argmax takes the
-    lower grade, the cut rule the upper), and (2) near the edges of a narrow interval: both
-    neighbours' tails then outweigh the middle grade, whose argmax region shrinks or vanishes.
-
-    Parameters
-    ----------
-    scores : array of shape (N,) or (N, 1)
-        Regression outputs.
-    cuts : array of shape (K-1,)
-        Increasing thresholds (e.g. from :func:`optimise_cut_points`).
-    temperature : float, default 0.5
-        ``T > 0``; smaller is sharper.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``float64`` array of shape ``(N, K)``.
-
-    Examples
-    --------
-    >>> ordinal_probs([0.5], [0.5], temperature=1.0)
-    array([[0.5, 0.5]])
-    """
-    s, c, t = _as_scores(scores), _as_cuts(cuts), _check_temperature(temperature)
-    above = expit((s[:, None] - c[None, :]) / t)  # (N, K-1): P(grade > k)
-    n = s.shape[0]
-    upper = np.concatenate([np.ones((n, 1)), above], axis=1)  # (N, K): P(grade > k-1)
-    lower = np.concatenate([above, np.zeros((n, 1))], axis=1)  # (N, K): P(grade > k)
-    return upper - lower
-
-
-def ordinal_probs_torch(scores: Tensor, cuts: Tensor, temperature: float = 0.5) -> Tensor:
-    """:func:`ordinal_probs` in torch (sigmoid, cat, sub only, so it exports to ONNX).
-
-    Parameters
-    ----------
-    scores : Tensor of shape (N,) or (N, 1)
-        Regression outputs.
-    cuts : Tensor of shape (K-1,)
-        Increasing thresholds, same dtype and device as ``scores``.
-    temperature : float, default 0.5
-        ``T > 0``.
-
-    Returns
-    -------
-    torch.Tensor
-        Shape ``(N, K)``, rows summing to 1.
-    """
-    t = _check_temperature(temperature)
-    s = _score_vector(scores)  # (N,)
-    if cuts.ndim != 1 or cuts.numel() == 0:
-        raise ValueError(f"cuts must be a non-empty 1-D tensor (K-1 thresholds), got shape "
-                         f"{tuple(cuts.shape)}")
-    above = torch.sigmoid((s[:, None] - cuts[None, :]) / t)  # (N, K-1): P(grade > k)
-    upper = torch.cat([torch.ones_like(above[:, :1]), above], dim=1)  # (N, K)
-    lower = torch.cat([above, torch.zeros_like(above[:, :1])], dim=1)  # (N, K)
-    return upper - lower
