@@ -290,7 +290,8 @@ def load_checkpoint(path: str | Path) -> tuple[GradingModel, dict]:
         # sent cannot run code (no pickle of arbitrary objects).
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {first[:200]}); is it a drgrade model.pt?") from None
     if not isinstance(record, dict) or "arch" not in record or "state_dict" not in record:
         raise CheckpointError(f"{path}: not a drgrade checkpoint (no 'arch'/'state_dict')")
     model = build_model(record["arch"])
