@@ -154,16 +154,21 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--holdout", help="independent collection to grade every run on (generated when missing)")
     ap.add_argument("--holdout-n", type=int, default=6000)
+    ap.add_argument("--strategies", help="comma-separated subset of the zoo (default: all; must include ce)")
+    ap.add_argument("--epochs", type=int, help="override the preset's epochs")
+    ap.add_argument("--section", default="strategies", help="RESULTS.md section key")
+    ap.add_argument("--title", default="Imbalance strategies (bench/strategies.py)")
     args = ap.parse_args(argv)
     from training.zoo import ZOO_PRESETS, ZOO_STRATEGIES, train_zoo
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict[str, list[dict]] = {s: [] for s in ZOO_STRATEGIES}
-    run_dirs: dict[str, list[Path]] = {s: [] for s in ZOO_STRATEGIES}
+    strategies = args.strategies.split(",") if args.strategies else list(ZOO_STRATEGIES)
+    results: dict[str, list[dict]] = {s: [] for s in strategies}
+    run_dirs: dict[str, list[Path]] = {s: [] for s in strategies}
     t0 = time.time()
     for seed in seeds:
         out = Path(args.out) / f"seed{seed}"
-        for name, m in train_zoo(args.data, out, preset=args.preset, seed=seed, split_seed=0, progress=False).items():
+        for name, m in train_zoo(args.data, out, preset=args.preset, strategies=strategies, seed=seed, split_seed=0, epochs=args.epochs, progress=False).items():
             results[name].append(flatten(m))
             run_dirs[name].append(out / name)
     wall = time.time() - t0
@@ -171,9 +176,9 @@ def main(argv=None) -> int:
     n_scans = sum(1 for _ in open(Path(args.data) / "labels.csv")) - 1
     rows, stats = table(results)
     lines = [f"Synthetic set `{args.data}` ({n_scans} scans, EyePACS priors), zoo preset `{args.preset}` "
-             f"({preset.description}), seeds {args.seeds}, fixed split (split seed 0); mean +- std over seeds. "
+             f"({preset.description}{f'; {args.epochs} epochs' if args.epochs else ''}), seeds {args.seeds}, fixed split (split seed 0); mean +- std over seeds. "
              f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
-             f"the {len(seeds)} x {len(ZOO_STRATEGIES)} runs took {wall / 60:.1f} min (runs already finished are read back, not retrained).", "",
+             f"the {len(seeds)} x {len(strategies)} runs took {wall / 60:.1f} min (runs already finished are read back, not retrained).", "",
              "### Test split of the training set", "", *rows, "", *verdict(stats)]
     if args.holdout:
         if not (Path(args.holdout) / "labels.csv").is_file():
@@ -196,7 +201,7 @@ def main(argv=None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "strategies.json").write_text(json.dumps({"stats": stats, "raw": results}, indent=1))
     if args.markdown:
-        replace_section(Path(args.markdown), "strategies", "## Imbalance strategies (bench/strategies.py)\n\n" + text)
+        replace_section(Path(args.markdown), args.section, f"## {args.title}\n\n" + text)
     return 0
 
 
