@@ -150,6 +150,20 @@ def test_int8_model_and_metrics(exported):
     assert probs.shape[0] == 3 and np.allclose(probs.sum(1), 1, atol=1e-2)
 
 
+@pytest.mark.parametrize("strategy", ["ldam-drw", "easy-ensemble", "ordinal"])
+def test_int8_for_other_heads_and_rules(run_factory, strategy, tmp_path):
+    """Cosine heads (LDAM), head ensembles and ordinal rules quantise too."""
+    run = tmp_path / strategy
+    shutil.copytree(run_factory(strategy), run)
+    result = export_run(run, quantize="int8")
+    assert result["passed"] and (run / "model.int8.onnx").is_file()
+    x = validation_images(run, run_spec(load_checkpoint(run)[1]))[:4]
+    p32, _ = session(run / "model.onnx").run(None, {"image": x})
+    p8, _ = session(run / "model.int8.onnx").run(None, {"image": x})
+    assert p8.shape == p32.shape and np.allclose(p8.sum(1), 1, atol=1e-2)
+    assert np.abs(p8 - p32).max() < 0.25  # quantised, not broken
+
+
 def test_fp16_model(exported):
     path = exported / "model.fp16.onnx"
     onnx.checker.check_model(str(path))

@@ -222,7 +222,7 @@ class GradingModel(nn.Module):
 
     def _weights(self) -> Tensor:
         """Head weights as applied: (K, out, F), row-normalised for a cosine head."""
-        return F.normalize(self.head_weight, dim=2) if self.head == "cosine" else self.head_weight
+        return l2_normalize(self.head_weight, dim=2) if self.head == "cosine" else self.head_weight
 
     def embed(self, x: Tensor) -> Tensor:
         return self.backbone(x).mean(dim=(2, 3))  # (B, F)
@@ -230,14 +230,14 @@ class GradingModel(nn.Module):
     def head_logits(self, z: Tensor) -> Tensor:
         """Deployed logits of every head for embeddings z: (K, B, out_dim) (cosines x scale)."""
         if self.head == "cosine":
-            z = F.normalize(z, dim=1)
+            z = l2_normalize(z, dim=1)
         return self.logit_scale * (torch.einsum("bf,kof->kbo", z, self._weights()) + self.head_bias[:, None, :])
 
     def logits_from_embedding(self, z: Tensor) -> Tensor:
         """Training logits of head 0 for embeddings z (B, F): (B, out_dim). A cosine head gives
         unscaled cosines here: the loss applies its own scale (LDAM's s)."""
         if self.head == "cosine":
-            return F.normalize(z, dim=1) @ F.normalize(self.head_weight[0], dim=1).t()
+            return l2_normalize(z, dim=1) @ l2_normalize(self.head_weight[0], dim=1).t()
         return z @ self.head_weight[0].t() + self.head_bias[0]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -271,6 +271,13 @@ def build_model(arch: dict) -> GradingModel:
     """Rebuild a :class:`GradingModel` from :meth:`GradingModel.arch`."""
     return GradingModel(arch["network"], arch["n_classes"], out_dim=arch.get("out_dim"), n_heads=arch.get("n_heads", 1), rule=arch.get("rule", "softmax"),
                         head=arch.get("head", "linear"))
+
+
+def l2_normalize(x: Tensor, dim: int) -> Tensor:
+    """``x / max(||x||, eps)`` along ``dim``: F.normalize's maths, written without the Expand
+    node F.normalize exports, which ONNX Runtime's symbolic shape inference (run before int8
+    quantisation) cannot handle."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(1e-12)
 
 
 class CheckpointError(ValueError):
