@@ -130,7 +130,9 @@ def compose(base: Strategy | str, **overrides: Any) -> Strategy:
     """A preset with some parts replaced (``None`` values leave a part as it is).
 
     Changing a part drops the old part's parameters unless new ones are given; the result is
-    named ``custom`` unless nothing changed. Examples
+    named ``custom`` unless nothing changed.
+
+    Examples
     --------
     >>> compose("ce", loss="focal", loss_params={"gamma": 1.0}).parts
     'loss=focal(gamma=1.0) sampler=instance'
@@ -152,7 +154,7 @@ def compose(base: Strategy | str, **overrides: Any) -> Strategy:
             changes[key] = overrides[key]
     if not changes:
         return s
-    return validate(replace(s, name="custom" if s.name != "custom" else s.name, description=f"{s.name} with " + ", ".join(sorted(changes)) + " changed", **changes))
+    return validate(replace(s, name="custom", description=f"{s.name} with " + ", ".join(sorted(changes)) + " changed", **changes))
 
 
 # --------------------------------------------------------------------------------------
