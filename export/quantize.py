@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 

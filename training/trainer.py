@@ -16,9 +16,8 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -43,6 +42,8 @@ from training.strategies import Strategy
 log = logging.getLogger("drgrade.train")
 
 CHECKPOINT_FORMAT = 1
+#: Validation metrics written to history.csv after train_loss and val_loss (DESIGN.md).
+HISTORY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "qwk", "gmean", "ece", "mae_macro")
 
 
 class TrainError(RuntimeError):
@@ -405,7 +406,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
     if strategy.stage2 or strategy.posthoc or ordinal:
         plain_train = _loader(ScanDataset(arrays["train"], labels["train"], spec), 256, device=device)
         _, z_train, _ = evaluate(model, plain_train, device)
-        val_probs, z_val, _ = evaluate(model, val_loader, device)
+        _, z_val, _ = evaluate(model, val_loader, device)
         emb = Embeddings(z_train, labels["train"], z_val, labels["val"])
         if strategy.stage2:
             decision["stage2"] = {"method": strategy.stage2, **run_stage2(strategy.stage2, model, emb, class_names, strategy.stage2_params, seed=cfg.seed, metric=cfg.select_metric)}
@@ -452,5 +453,3 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool) -> dict:
     _publish(tmp, out)
     return metrics
 
-
-HISTORY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "qwk", "gmean", "ece", "mae_macro")
